@@ -1,0 +1,275 @@
+"""One training job, start to finish: the entrypoint AWS Batch runs and the local poller calls.
+
+claim -> resolve and verify the base model file -> read the datasets -> train (PEFT) ->
+export GGUF -> parity check -> upload files -> write manifest last -> re-verify everything in
+the bucket -> flip the version to ready in one conditional transaction.
+
+Any failure before the flip marks the version failed with the reason; nothing is ever ready
+without complete, verified files, and a previous ready version keeps serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("gpu_worker.jobs")
+
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Progress is written at most this often (seconds) so a fast loop doesn't hammer DynamoDB.
+PROGRESS_INTERVAL_S = 2.0
+
+
+class JobFailed(Exception):
+    """A job failed for a reason the user should see in the version's details."""
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: str
+    state: str  # "succeeded" | "failed" | "skipped"
+    details: str = ""
+    metrics: dict[str, Any] | None = None
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def version_prefix(tenant: str, adapter_id: str, version: str) -> str:
+    from lora_common import keys
+
+    return keys.adapter_version_prefix(tenant, adapter_id, version)
+
+
+class JobRunner:
+    """Runs training jobs against one repository and blob store.
+
+    `model_files` turns a registered model into a local GGUF path (downloading from the
+    bucket when the model lives there), so the runner can be pointed at any store.
+    """
+
+    def __init__(
+        self,
+        repo,
+        blobs,
+        *,
+        work_dir: Path,
+        cache_dir: Path,
+        n_threads: int = 2,
+        clock: Callable[[], str] = utc_now,
+    ) -> None:
+        self.repo = repo
+        self.blobs = blobs
+        self.work_dir = Path(work_dir)
+        self.cache_dir = Path(cache_dir)
+        self.n_threads = n_threads
+        self.clock = clock
+
+    # -- public -------------------------------------------------------------------------
+
+    def run(self, job_id: str) -> JobOutcome:
+        job = self.repo.claim_job(job_id, self.clock())
+        if job is None:
+            # Duplicate delivery, or a job that already ran: never train twice.
+            log.info("job %s is not queued; skipping", job_id)
+            return JobOutcome(job_id, "skipped", "job is not queued")
+        log.info("job %s claimed: %s %s", job_id, job["adapter_id"], job["version"])
+        try:
+            metrics = self._train_and_publish(job)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the version's reason
+            reason = str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}"
+            log.exception("job %s failed", job_id)
+            self.repo.mark_version_failed(job, reason, self.clock())
+            return JobOutcome(job_id, "failed", reason)
+        return JobOutcome(job_id, "succeeded", metrics=metrics)
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _train_and_publish(self, job: dict) -> dict[str, Any]:
+        from gpu_worker.training.base_cache import load_base
+        from gpu_worker.training.export import export_gguf
+        from gpu_worker.training.parity import check_parity
+        from gpu_worker.training.trainer import TrainConfig, train_lora
+
+        model_path = self._model_file(job["base_model"])
+        records = self._records(job)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.work_dir, prefix=f"{job['job_id']}-") as tmp:
+            tmp_path = Path(tmp)
+            base = load_base(model_path, self.cache_dir)
+            init_dir = self._parent_weights(job, tmp_path / "parent")
+            settings = dict(job.get("training") or {})
+            config = TrainConfig(
+                rank=int(job["rank"]),
+                alpha=float(job["alpha"]),
+                samples=job.get("samples"),
+                **{k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__},
+            )
+            peft_dir = tmp_path / "peft"
+            result = train_lora(
+                base,
+                records,
+                config,
+                peft_dir,
+                init_adapter_dir=init_dir,
+                progress=self._progress_writer(job["job_id"]),
+            )
+            gguf_path = tmp_path / "adapter.gguf"
+            export_gguf(peft_dir, base, gguf_path)
+            parity = check_parity(
+                base, peft_dir, model_path, gguf_path, n_threads=self.n_threads
+            )
+            if not parity.passed:
+                raise JobFailed(
+                    "GGUF export does not reproduce the trained adapter in llama.cpp "
+                    f"(parity check failed: {parity.summary()})"
+                )
+            metrics = result.metrics()
+            artifacts = self._publish(job, base, peft_dir, gguf_path, metrics, parity)
+        self.repo.mark_version_ready(job, artifacts, metrics, self.clock())
+        log.info("job %s succeeded: %s", job["job_id"], metrics)
+        return metrics
+
+    def _model_file(self, model_id: str) -> Path:
+        """The base model's local GGUF path, verified against its registration."""
+        from lora_common import gguf_header
+
+        model = self.repo.get_model(model_id)
+        if model is None:
+            raise JobFailed(f"Base model {model_id!r} is no longer registered")
+        uri = model["gguf_path"]
+        if uri.startswith("s3://"):
+            bucket, _, key = uri[len("s3://") :].partition("/")
+            local = self.cache_dir / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+            local = local.with_suffix(".gguf")
+            if not local.exists():
+                local.parent.mkdir(parents=True, exist_ok=True)
+                part = local.with_suffix(".part")
+                self.blobs.download_uri(bucket, key, part)
+                part.replace(local)
+            path = local
+        else:
+            path = Path(uri)
+        if not path.is_file():
+            self.repo.set_model_file_status(model_id, "unverified", {"reason": "file not found"})
+            raise JobFailed(f"Base model file for {model_id!r} not found: {uri}")
+        try:
+            info = gguf_header.read_local(path)
+            gguf_header.check_declared(model, info)
+        except Exception as exc:  # noqa: BLE001 - a bad file is the user's to fix
+            self.repo.set_model_file_status(model_id, "invalid", {"reason": str(exc)})
+            raise JobFailed(f"Base model file for {model_id!r} is not usable: {exc}") from exc
+        if model.get("file_status") != "verified":
+            self.repo.set_model_file_status(model_id, "verified", info.as_dict())
+        return path
+
+    def _records(self, job: dict) -> list[dict]:
+        records: list[dict] = []
+        for dataset_id in job["dataset_ids"]:
+            dataset = self.repo.get_dataset(job["tenant"], dataset_id)
+            if dataset is None:
+                raise JobFailed(f"Dataset {dataset_id!r} was deleted before training started")
+            body = self.blobs.get_bytes(dataset["s3_key"]).decode("utf-8")
+            records.extend(json.loads(line) for line in body.splitlines() if line.strip())
+        if not records:
+            raise JobFailed("The training data has no records")
+        return records
+
+    def _parent_weights(self, job: dict, into: Path) -> Path | None:
+        parent = job.get("parent_version")
+        if not parent:
+            return None
+        version = self.repo.get_version(job["tenant"], job["adapter_id"], parent)
+        if version is None or not version.get("artifact_prefix"):
+            raise JobFailed(f"Parent version {parent} has no stored files to continue from")
+        into.mkdir(parents=True)
+        for name in PEFT_FILES:
+            self.blobs.download_file(f"{version['artifact_prefix']}peft/{name}", into / name)
+        return into
+
+    def _progress_writer(self, job_id: str) -> Callable[[int, int, float], None]:
+        last = [0.0]
+
+        def write(step: int, total: int, loss: float) -> None:
+            now = time.monotonic()
+            if step < total and now - last[0] < PROGRESS_INTERVAL_S:
+                return
+            last[0] = now
+            self.repo.record_job_progress(job_id, step, total, float(loss), self.clock())
+
+        return write
+
+    def _publish(self, job, base, peft_dir: Path, gguf_path: Path, metrics, parity) -> dict:
+        """Upload files, then the manifest (last), then re-verify all of it from the bucket."""
+        prefix = version_prefix(job["tenant"], job["adapter_id"], job["version"])
+        files: dict[str, Path] = {f"peft/{n}": peft_dir / n for n in PEFT_FILES}
+        files["adapter.gguf"] = gguf_path
+        entries = {}
+        for rel, path in files.items():
+            entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+            self.blobs.upload_file(path, prefix + rel)
+        adapter_config = json.loads((peft_dir / "adapter_config.json").read_text())
+        manifest = {
+            "format": 1,
+            "tenant": job["tenant"],
+            "adapter_id": job["adapter_id"],
+            "version": job["version"],
+            "job_id": job["job_id"],
+            "base_model": job["base_model"],
+            "base_model_sha256": base.sha256,
+            "architecture": base.architecture,
+            "rank": adapter_config.get("r"),
+            "alpha": adapter_config.get("lora_alpha"),
+            "use_rslora": bool(adapter_config.get("use_rslora")),
+            "target_modules": sorted(adapter_config.get("target_modules") or []),
+            "parent_version": job.get("parent_version"),
+            "files": entries,
+            "metrics": metrics,
+            "parity": parity.as_dict(),
+            "created_at": self.clock(),
+        }
+        manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        manifest_key = prefix + "manifest.json"
+        self.blobs.put_bytes(manifest_key, manifest_bytes, content_type="application/json")
+        manifest_sha = verify_published(self.blobs, prefix, manifest_bytes)
+        return {
+            "artifact_prefix": prefix,
+            "manifest_key": manifest_key,
+            "manifest_sha256": manifest_sha,
+            "gguf_key": prefix + "adapter.gguf",
+            "gguf_sha256": entries["adapter.gguf"]["sha256"],
+            "gguf_size": entries["adapter.gguf"]["size"],
+        }
+
+
+def verify_published(blobs, prefix: str, expected_manifest: bytes) -> str:
+    """Re-read the manifest and every file it lists from the bucket; raise on any mismatch.
+
+    Returns the manifest's sha256. This is what makes `ready` mean "complete, verified files".
+    """
+    stored = blobs.get_bytes(prefix + "manifest.json")
+    if stored != expected_manifest:
+        raise JobFailed("The stored manifest differs from the one written")
+    manifest = json.loads(stored)
+    for rel, entry in manifest["files"].items():
+        data = blobs.get_bytes(prefix + rel)
+        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise JobFailed(f"Stored file {rel} does not match its manifest checksum")
+    return hashlib.sha256(stored).hexdigest()
