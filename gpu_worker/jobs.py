@@ -17,9 +17,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from gpu_worker.model_files import local_model_file
+from lora_common.util import iso
 
 log = logging.getLogger("gpu_worker.jobs")
 
@@ -38,10 +40,6 @@ class JobOutcome:
     state: str  # "succeeded" | "failed" | "skipped"
     details: str = ""
     metrics: dict[str, Any] | None = None
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sha256_file(path: Path) -> str:
@@ -73,7 +71,7 @@ class JobRunner:
         work_dir: Path,
         cache_dir: Path,
         n_threads: int = 2,
-        clock: Callable[[], str] = utc_now,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.repo = repo
         self.blobs = blobs
@@ -115,12 +113,11 @@ class JobRunner:
             tmp_path = Path(tmp)
             base = load_base(model_path, self.cache_dir)
             init_dir = self._parent_weights(job, tmp_path / "parent")
-            settings = dict(job.get("training") or {})
-            config = TrainConfig(
+            config = TrainConfig.from_settings(
+                dict(job.get("training") or {}),
                 rank=int(job["rank"]),
                 alpha=float(job["alpha"]),
-                samples=job.get("samples"),
-                **{k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__},
+                samples=int(job["samples"]) if job.get("samples") else None,
             )
             peft_dir = tmp_path / "peft"
             result = train_lora(
@@ -139,7 +136,7 @@ class JobRunner:
             if not parity.passed:
                 raise JobFailed(
                     "GGUF export does not reproduce the trained adapter in llama.cpp "
-                    f"(parity check failed: {parity.summary()})"
+                    f"(parity check failed: {'; '.join(parity.reasons)})"
                 )
             metrics = result.metrics()
             artifacts = self._publish(job, base, peft_dir, gguf_path, metrics, parity)
@@ -148,36 +145,30 @@ class JobRunner:
         return metrics
 
     def _model_file(self, model_id: str) -> Path:
-        """The base model's local GGUF path, verified against its registration."""
+        """The base model's local GGUF path, its header checked against the registration."""
         from lora_common import gguf_header
+        from lora_common.services import models
 
         model = self.repo.get_model(model_id)
         if model is None:
             raise JobFailed(f"Base model {model_id!r} is no longer registered")
-        uri = model["gguf_path"]
-        if uri.startswith("s3://"):
-            bucket, _, key = uri[len("s3://") :].partition("/")
-            local = self.cache_dir / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-            local = local.with_suffix(".gguf")
-            if not local.exists():
-                local.parent.mkdir(parents=True, exist_ok=True)
-                part = local.with_suffix(".part")
-                self.blobs.download_uri(bucket, key, part)
-                part.replace(local)
-            path = local
-        else:
-            path = Path(uri)
+        path = local_model_file(model["gguf_path"], self.cache_dir, self.blobs)
         if not path.is_file():
-            self.repo.set_model_file_status(model_id, "unverified", {"reason": "file not found"})
-            raise JobFailed(f"Base model file for {model_id!r} not found: {uri}")
+            self.repo.set_model_file_status(model_id, "unverified", {"error": "file not found"})
+            raise JobFailed(f"Base model file for {model_id!r} not found: {model['gguf_path']}")
         try:
-            info = gguf_header.read_local(path)
-            gguf_header.check_declared(model, info)
-        except Exception as exc:  # noqa: BLE001 - a bad file is the user's to fix
-            self.repo.set_model_file_status(model_id, "invalid", {"reason": str(exc)})
-            raise JobFailed(f"Base model file for {model_id!r} is not usable: {exc}") from exc
+            info = gguf_header.read_header(gguf_header.file_reader(str(path)))
+        except gguf_header.GGUFFormatError as exc:
+            self.repo.set_model_file_status(model_id, "invalid", {"error": str(exc)})
+            raise JobFailed(f"Base model file for {model_id!r} is not GGUF: {exc}") from exc
+        bad = models.contradictions(model, info)
+        if bad:
+            reason = "; ".join(f"{b['field']}: {b['reason']}" for b in bad)
+            self.repo.set_model_file_status(model_id, "invalid", {"error": reason})
+            raise JobFailed(f"Base model file for {model_id!r} contradicts its registration: "
+                            f"{reason}")
         if model.get("file_status") != "verified":
-            self.repo.set_model_file_status(model_id, "verified", info.as_dict())
+            self.repo.set_model_file_status(model_id, "verified", models.file_info(info))
         return path
 
     def _records(self, job: dict) -> list[dict]:
@@ -242,8 +233,8 @@ class JobRunner:
             "parent_version": job.get("parent_version"),
             "files": entries,
             "metrics": metrics,
-            "parity": parity.as_dict(),
-            "created_at": self.clock(),
+            "parity": parity.to_dict(),
+            "created_at": iso(self.clock()),
         }
         manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
         manifest_key = prefix + "manifest.json"

@@ -15,14 +15,27 @@ import threading
 log = logging.getLogger("gpu_worker.poller")
 
 
-def poll(*, once: bool = False, wait_seconds: int = 10, stop: threading.Event | None = None) -> int:
-    from gpu_worker.runtime import job_queue, job_runner
+def poll(
+    queue=None,
+    runner=None,
+    *,
+    once: bool = False,
+    wait_seconds: int = 10,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run jobs from `queue` until stopped (or, with once=True, until it is empty).
 
+    Returns the number of messages handled. `queue` and `runner` default to the ones the
+    process settings describe.
+    """
+    if queue is None or runner is None:
+        from gpu_worker.runtime import job_queue, job_runner
+
+        queue = queue or job_queue()
+        runner = runner or job_runner()
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    queue = job_queue()
-    runner = job_runner()
     handled = 0
     log.info("polling the training queue")
     while not stop.is_set():

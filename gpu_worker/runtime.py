@@ -28,11 +28,11 @@ class TrainerSettings(BaseSettings):
 
 def _storage():
     from lora_common.blobs import BlobStore
-    from lora_common.repository import Repository
+    from lora_common.repository import DynamoRepository
     from lora_common.settings import Settings
 
     settings = Settings()
-    return settings, Repository(settings.table_name), BlobStore(settings.bucket_name)
+    return settings, DynamoRepository(settings.table_name), BlobStore(settings.bucket_name)
 
 
 def job_runner():
@@ -51,17 +51,21 @@ def job_queue():
     return JobQueue(Settings().queue_url)
 
 
-def serve() -> None:
-    import uvicorn
-
+def build_worker_app(settings=None):
+    """Load the base model once (downloading it first when it lives in S3) and wire the
+    engine, the adapter store and the routes together."""
+    from gpu_worker.model_files import local_model_file
     from gpu_worker.serving.adapter_store import AdapterStore
     from gpu_worker.serving.engine import Engine
     from gpu_worker.serving.server import create_worker_app
     from gpu_worker.serving.settings import WorkerSettings
+    from lora_common.blobs import BlobStore
 
-    settings = WorkerSettings()
+    settings = settings or WorkerSettings()
+    model_file = local_model_file(settings.model_path, settings.data_dir,
+                                  BlobStore(settings.bucket_name))
     engine = Engine(
-        settings.model_path,
+        model_file,
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         n_batch=settings.n_batch,
@@ -70,8 +74,17 @@ def serve() -> None:
         max_adapter_mb=settings.max_adapter_mb,
     )
     store = AdapterStore(settings.bucket_name, settings.data_dir)
-    app = create_worker_app(engine, store, settings.model_id)
+    return create_worker_app(engine, store, settings.model_id)
+
+
+def serve() -> None:
+    import uvicorn
+
+    from gpu_worker.serving.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    app = build_worker_app(settings)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     finally:
-        engine.close()
+        app.state.engine.close()

@@ -1,0 +1,1 @@
+"""Local stack: moto server, resources from template.yaml, uvicorn serving every router."""

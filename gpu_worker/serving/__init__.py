@@ -1,0 +1,1 @@
+"""Serving half of the GPU worker: one llama.cpp base model, LoRA adapters per request."""
