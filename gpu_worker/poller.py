@@ -13,6 +13,7 @@ import signal
 import threading
 
 log = logging.getLogger("gpu_worker.poller")
+RETRY_SECONDS = 5
 
 
 def poll(
@@ -39,7 +40,14 @@ def poll(
     handled = 0
     log.info("polling the training queue")
     while not stop.is_set():
-        messages = queue.receive(max_messages=1, wait_seconds=wait_seconds)
+        try:
+            messages = queue.receive(max_messages=1, wait_seconds=wait_seconds)
+        except Exception:  # noqa: BLE001 - the queue may be briefly unreachable; keep polling
+            log.exception("receiving from the training queue failed; retrying")
+            if once:
+                raise
+            stop.wait(RETRY_SECONDS)
+            continue
         if not messages:
             if once:
                 break

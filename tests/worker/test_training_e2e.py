@@ -293,3 +293,26 @@ def test_second_load_comes_from_the_cache(train_base: LoadedBase):
     again = load_base(MODEL, CACHE)
     assert again.from_cache and again.sha256 == train_base.sha256
     assert again.architecture == "gemma3" and again.n_layers == 18 and again.add_bos
+
+
+def test_rslora_adapter_keeps_parity_through_the_alpha_written(
+    train_base: LoadedBase, tmp_path: Path
+):
+    # rsLoRA scales by alpha/sqrt(r); llama.cpp by alpha/r, so the header carries alpha*sqrt(r).
+    cfg = TrainConfig(
+        rank=16, alpha=8, use_rslora=True, epochs=1, learning_rate=2e-3, validation_split=0.0
+    )
+    train_lora(train_base, RECORDS[:8], cfg, tmp_path / "peft")
+    info = export_gguf(tmp_path / "peft", train_base, tmp_path / "rs.gguf")
+    assert info.alpha_written == pytest.approx(32.0) and info.scale == pytest.approx(2.0)
+    res = P.check_parity(
+        train_base,
+        tmp_path / "peft",
+        MODEL,
+        tmp_path / "rs.gguf",
+        prompt=RECORDS[1]["prompt"] + RECORDS[1]["completion"],
+        n_threads=CPP_THREADS,
+    )
+    print(f"\nrslora parity: {res.to_dict()}")
+    assert res.passed, res.reasons
+    assert res.kl_effect > 0.1  # the adapter does something measurable

@@ -12,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from lora_common.util import ID_PATTERN
 
-TRAINABLE_ARCHITECTURES = frozenset(
-    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"}
-)
+# Architectures whose GGUF transformers can load for training AND whose attention/MLP use the
+# separate q/k/v/o and gate/up/down projections that the adapter targets name. Not here:
+# gemma (v1; transformers 5 cannot load it from GGUF) and phi3 (fused qkv_proj/gate_up_proj).
+TRAINABLE_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"})
 ALLOWED_TARGET_MODULES = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
 )  # fmt: skip
