@@ -89,17 +89,20 @@ def test_read_scope_cannot_write(api):
     _problem(api("GET", M, scopes=()), 403)
 
 
-def test_rate_limit_headers_and_exhaustion(api, make_ctx):
+def test_rate_limit_headers_and_exhaustion(client, auth_headers, make_ctx):
     make_ctx(rate_limit_per_hour=3)
+    # One token for every request: the limit is per token, and a token minted in another
+    # second is another token (this test once flaked by minting one per request).
+    headers = auth_headers()
     seen = []
     for _ in range(3):
-        r = api("GET", M)
+        r = client.get(M, headers=headers)
         assert r.status_code == 200
         seen.append(int(r.headers["x-ratelimit-remaining"]))
         assert r.headers["x-ratelimit-limit"] == "3"
         assert int(r.headers["x-ratelimit-reset"]) > time.time()
     assert seen == [2, 1, 0]
-    r = api("GET", M)
+    r = client.get(M, headers=headers)
     body = _problem(r, 429)
     assert {k: body[k] for k in ("error", "details", "status")} == {
         "error": "Rate limit exceeded",

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / ".data" / "models" / "gemma-3-270m-q4_k_m.gguf"
-CACHE = REPO / ".data" / "cache" / "base"  # converted model, reused across runs (gitignored)
+CACHE = REPO / ".data" / "worker" / "base-cache"  # the local stack's cache too (gitignored)
 # llama.cpp on cores shared with other processes: one thread is faster than two (measured by
 # the serving tests) and results do not depend on it.
 CPP_THREADS = 1
