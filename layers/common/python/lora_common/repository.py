@@ -158,6 +158,26 @@ class DynamoRepository:
                 raise conflict from None
             raise ServiceUnavailable("Storage unavailable", "DynamoDB transaction failed") from exc
 
+    def _tx_update(
+        self,
+        key: dict[str, str],
+        expr: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+        condition: str | None = None,
+    ) -> dict[str, Any]:
+        """One Update entry of a TransactWriteItems call."""
+        update: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": self._s(key),
+            "UpdateExpression": expr,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": self._vals(values),
+        }
+        if condition:
+            update["ConditionExpression"] = condition
+        return {"Update": update}
+
     def _update_expr(
         self, sets: dict[str, Any], removes: tuple[str, ...] = ()
     ) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -307,16 +327,9 @@ class DynamoRepository:
         values[":training"] = "training"
         self._transact(
             [
-                {
-                    "Update": {
-                        "TableName": self.table,
-                        "Key": self._s(keys.adapter(t, a)),
-                        "UpdateExpression": expr,
-                        "ConditionExpression": "#lv = :old AND #st <> :training",
-                        "ExpressionAttributeNames": names,
-                        "ExpressionAttributeValues": self._vals(values),
-                    }
-                },
+                self._tx_update(
+                    keys.adapter(t, a), expr, names, values, "#lv = :old AND #st <> :training"
+                ),
                 {
                     "Put": {
                         "TableName": self.table,
@@ -433,28 +446,16 @@ class DynamoRepository:
                     "ConditionExpression": "attribute_exists(pk)",
                 }
             },
-            {
-                "Update": {
-                    "TableName": self.table,
-                    "Key": self._s(keys.adapter(t, a)),
-                    "UpdateExpression": expr,
-                    "ConditionExpression": "#lv = :old",
-                    "ExpressionAttributeNames": names,
-                    "ExpressionAttributeValues": self._vals(values),
-                }
-            },
+            self._tx_update(keys.adapter(t, a), expr, names, values, "#lv = :old"),
         ]
         if promote:
             items.append(
-                {
-                    "Update": {
-                        "TableName": self.table,
-                        "Key": self._s(keys.version(t, a, promote)),
-                        "UpdateExpression": "SET #st = :ready",
-                        "ExpressionAttributeNames": {"#st": "status"},
-                        "ExpressionAttributeValues": self._vals({":ready": "ready"}),
-                    }
-                }
+                self._tx_update(
+                    keys.version(t, a, promote),
+                    "SET #st = :ready",
+                    {"#st": "status"},
+                    {":ready": "ready"},
+                )
             )
         self._transact(items, Conflict("Adapter changed", f"Adapter {a} changed; retry"))
 
@@ -574,51 +575,21 @@ class DynamoRepository:
             acond = "#sv = :prev"
             avalues[":prev"] = previous
         items: list[dict[str, Any]] = [
-            {
-                "Update": {
-                    "TableName": self.table,
-                    "Key": self._s(keys.version(t, a, v)),
-                    "UpdateExpression": vexpr,
-                    "ConditionExpression": "#vst = :training AND #jid = :jid",
-                    "ExpressionAttributeNames": vnames,
-                    "ExpressionAttributeValues": self._vals(vvalues),
-                }
-            },
-            {
-                "Update": {
-                    "TableName": self.table,
-                    "Key": self._s(keys.job(job["job_id"])),
-                    "UpdateExpression": jexpr,
-                    "ConditionExpression": "#state = :running",
-                    "ExpressionAttributeNames": jnames,
-                    "ExpressionAttributeValues": self._vals(jvalues),
-                }
-            },
-            {
-                "Update": {
-                    "TableName": self.table,
-                    "Key": self._s(keys.adapter(t, a)),
-                    "UpdateExpression": aexpr,
-                    "ConditionExpression": acond,
-                    "ExpressionAttributeNames": anames,
-                    "ExpressionAttributeValues": self._vals(avalues),
-                }
-            },
+            self._tx_update(
+                keys.version(t, a, v), vexpr, vnames, vvalues, "#vst = :training AND #jid = :jid"
+            ),
+            self._tx_update(keys.job(job["job_id"]), jexpr, jnames, jvalues, "#state = :running"),
+            self._tx_update(keys.adapter(t, a), aexpr, anames, avalues, acond),
         ]
         if previous and previous != v:
             items.append(
-                {
-                    "Update": {
-                        "TableName": self.table,
-                        "Key": self._s(keys.version(t, a, previous)),
-                        "UpdateExpression": "SET #st = :stored",
-                        "ConditionExpression": "#st = :ready",
-                        "ExpressionAttributeNames": {"#st": "status"},
-                        "ExpressionAttributeValues": self._vals(
-                            {":stored": "stored", ":ready": "ready"}
-                        ),
-                    }
-                }
+                self._tx_update(
+                    keys.version(t, a, previous),
+                    "SET #st = :stored",
+                    {"#st": "status"},
+                    {":stored": "stored", ":ready": "ready"},
+                    "#st = :ready",
+                )
             )
         self._transact(
             items, Conflict("Ready flip refused", f"Version {v} of {a} is not training/running")
@@ -638,43 +609,17 @@ class DynamoRepository:
             {"state": "failed", "error": error, "finished_at": ts}
         )
         items: list[dict[str, Any]] = [
-            {
-                "Update": {
-                    "TableName": self.table,
-                    "Key": self._s(keys.version(t, a, v)),
-                    "UpdateExpression": vexpr,
-                    "ConditionExpression": "#s0 = :training AND #jid = :jid",
-                    "ExpressionAttributeNames": vnames,
-                    "ExpressionAttributeValues": self._vals(vvalues),
-                }
-            },
-            {
-                "Update": {
-                    "TableName": self.table,
-                    "Key": self._s(keys.job(job["job_id"])),
-                    "UpdateExpression": jexpr,
-                    "ExpressionAttributeNames": jnames,
-                    "ExpressionAttributeValues": self._vals(jvalues),
-                }
-            },
+            self._tx_update(
+                keys.version(t, a, v), vexpr, vnames, vvalues, "#s0 = :training AND #jid = :jid"
+            ),
+            self._tx_update(keys.job(job["job_id"]), jexpr, jnames, jvalues),
         ]
         adapter = self.get_adapter(t, a)
         if adapter is not None and adapter.get("latest_version") == v:
             aexpr, anames, avalues = self._update_expr({"status": "failed", "updated_at": ts})
             anames["#lv"] = "latest_version"
             avalues[":v"] = v
-            items.append(
-                {
-                    "Update": {
-                        "TableName": self.table,
-                        "Key": self._s(keys.adapter(t, a)),
-                        "UpdateExpression": aexpr,
-                        "ConditionExpression": "#lv = :v",
-                        "ExpressionAttributeNames": anames,
-                        "ExpressionAttributeValues": self._vals(avalues),
-                    }
-                }
-            )
+            items.append(self._tx_update(keys.adapter(t, a), aexpr, anames, avalues, "#lv = :v"))
         self._transact(items, Conflict("Fail flip refused", f"Version {v} of {a} is not training"))
 
     # --- audit, rate limit ------------------------------------------------------------
