@@ -106,7 +106,7 @@ def ask(api, question: str, adapter: str | None, **extra) -> dict:
     return response.json()
 
 
-def test_train_serve_update_and_fail_through_the_api_and_sqs(api, product):
+def test_train_serve_update_and_fail_through_the_api_and_sqs(api, product, tenant):
     ctx, runner = product
     # Given the real base model and a dataset of facts the base model cannot know
     r = api("POST", "/api/v1/llm/models", json={
@@ -134,7 +134,7 @@ def test_train_serve_update_and_fail_through_the_api_and_sqs(api, product):
     assert adapter["metrics"]["training_loss"] < 1.0
     job = api("GET", f"/api/v1/llm/lora/jobs/{created['job_id']}").json()
     assert job["state"] == "succeeded" and job["step"] == job["total_steps"] > 0
-    version = ctx.repo.get_version(job["tenant"], "zorblax", "v1.0")
+    version = ctx.repo.get_version(tenant, "zorblax", "v1.0")
     manifest_bytes = ctx.blobs.get_bytes(version["manifest_key"])
     assert hashlib.sha256(manifest_bytes).hexdigest() == version["manifest_sha256"]
     manifest = json.loads(manifest_bytes)
@@ -156,12 +156,12 @@ def test_train_serve_update_and_fail_through_the_api_and_sqs(api, product):
     assert [ask(api, q, None)["response"] for q, _ in FACTS[:4]] == base_cold
 
     # A duplicate delivery of the same job never trains twice
-    ready_at = ctx.repo.get_version(job["tenant"], "zorblax", "v1.0")["ready_at"]
-    ctx.queue.send_job({"job_id": created["job_id"], "tenant": job["tenant"],
+    ready_at = ctx.repo.get_version(tenant, "zorblax", "v1.0")["ready_at"]
+    ctx.queue.send_job({"job_id": created["job_id"], "tenant": tenant,
                         "adapter_id": "zorblax", "version": "v1.0"})
     assert runner.run(created["job_id"]).state == "skipped"
     assert drain(ctx, runner) == 1
-    assert ctx.repo.get_version(job["tenant"], "zorblax", "v1.0")["ready_at"] == ready_at
+    assert ctx.repo.get_version(tenant, "zorblax", "v1.0")["ready_at"] == ready_at
 
     # When more data arrives, v1.1 trains from v1.0 and takes over; v1.0 is kept as stored
     r = api("PUT", "/api/v1/llm/lora/adapters/zorblax",
