@@ -26,12 +26,12 @@ $(VENV)/bin/python:
 
 # API side + local stack + test tools (no torch, no llama.cpp).
 $(VENV)/.api-installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -q -e ".[local,dev]"
+	$(PIP) install -q ".[local,dev]"
 	touch $@
 
 # Worker: torch (CPU wheel), transformers, peft, and llama-cpp-python built from source.
 $(VENV)/.worker-installed: pyproject.toml $(VENV)/.api-installed
-	$(PIP) install -q -e ".[local,dev,worker]"
+	$(PIP) install -q ".[local,dev,worker]"
 	$(PY) -c "import llama_cpp" 2>/dev/null || \
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q "llama-cpp-python==$(LLAMA_VERSION)"
 	touch $@

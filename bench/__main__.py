@@ -38,6 +38,7 @@ ADAPTER_A = "product_docs_helper"  # the demo's adapter
 ADAPTER_B = "bench_feedback"       # a second, small adapter to switch to
 PROMPT = "Q: What is the default rate limit?\nA:"
 MAX_TOKENS = 48
+TENANT = "local"  # the demo's tenant, so the demo's adapter is reused
 REPEATS = 5
 
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(data_dir: str, url: str) -> dict:
-    api = Api(url, mint_token(data_dir, sub="bench", tenant="local",
+    api = Api(url, mint_token(data_dir, sub="bench", tenant=TENANT,
                               scopes=["lora:read", "lora:write", "lora:admin"], ttl_seconds=7200))
     wait_until_healthy(api)
     register_default_model(api, data_dir)
@@ -162,14 +163,15 @@ def _download_adapter(adapter: dict, version: str) -> Path:
     import boto3
 
     from devstack.stack import MOTO_PORT, REGION
+    from lora_common import keys
 
-    entry = next(v for v in adapter["versions"] if v["version"] == version)
+    key = keys.version_prefix(TENANT, adapter["adapter_id"], version) + "adapter.gguf"
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{MOTO_PORT}", region_name=REGION,
                       aws_access_key_id="local", aws_secret_access_key="local")
     bucket = s3.list_buckets()["Buckets"][0]["Name"]
     target = Path(".data/bench") / f"{adapter['adapter_id']}-{version}.gguf"
     target.parent.mkdir(parents=True, exist_ok=True)
-    s3.download_file(bucket, entry["gguf_key"], str(target))
+    s3.download_file(bucket, key, str(target))
     return target
 
 

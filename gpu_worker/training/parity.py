@@ -54,6 +54,14 @@ TOP_K = 32
 # adapter 0.994 / 0.005 / 0.95; a float32 tiny Llama (no quantization noise) 0.9999997 /
 # 5e-7 / 1.0 correct vs 0.66 / 0.96 / 0.44 with q/k lora_b left unpermuted.
 MIN_DELTA_CORR = 0.98
+# A weakly trained adapter's deltas are closer to the runtimes' own noise, so the correlation
+# of a correct export drops with the effect (measured on 5 records, one rank-8 adapter each:
+# kl_effect 3.74 -> delta_corr 0.996; 1.00 -> 0.962; 0.028 -> 0.68, all with kl_adapted
+# within 0.03 of kl_base). Below STRONG_EFFECT the bar is WEAK_MIN_DELTA_CORR; below
+# NOISE_EFFECT (an effect under ~10x the base-vs-base KL) only the KL and top-1 checks apply.
+STRONG_EFFECT = 2.0
+WEAK_MIN_DELTA_CORR = 0.95
+NOISE_EFFECT = 0.1
 MIN_TOP1_AGREEMENT = 0.85
 # kl_adapted may exceed the base-vs-base noise floor by this much plus a fraction of the effect.
 KL_ABS_MARGIN = 0.02
@@ -134,8 +142,11 @@ def compare(
     reasons = []
     if not tokens_match:
         reasons.append("llama.cpp tokenizes the prompt differently from training")
-    if not delta_corr >= MIN_DELTA_CORR:
-        reasons.append(f"delta_corr {delta_corr:.3f} < {MIN_DELTA_CORR}")
+    min_corr = (MIN_DELTA_CORR if kl_effect >= STRONG_EFFECT
+                else WEAK_MIN_DELTA_CORR if kl_effect >= NOISE_EFFECT else None)
+    if min_corr is not None and not delta_corr >= min_corr:
+        reasons.append(f"delta_corr {delta_corr:.3f} < {min_corr} (adapter effect "
+                       f"{kl_effect:.3f} nats, runtime noise {kl_base:.4f})")
     if not top1 >= MIN_TOP1_AGREEMENT:
         reasons.append(f"top1_agreement {top1:.3f} < {MIN_TOP1_AGREEMENT}")
     kl_limit = kl_base + KL_ABS_MARGIN + KL_REL_MARGIN * kl_effect

@@ -17,6 +17,7 @@ from gpu_worker.training import data as D
 from gpu_worker.training.base_cache import LoadedBase, file_sha256, load_base
 from gpu_worker.training.errors import EmptyDataset, UnsupportedArchitecture, UnsupportedSetting
 from gpu_worker.training.export import export_gguf, gguf_alpha, permute_rows
+from gpu_worker.training import parity as P
 from gpu_worker.training.parity import compare
 from gpu_worker.training.trainer import TrainConfig, train_lora
 
@@ -433,3 +434,20 @@ def test_compare_passes_same_effect_and_fails_scaled_or_flipped_effect():
     assert not compare(hb, ha, cb, _logsoftmax(base + noise + 2 * effect)).passed
     assert not compare(hb, ha, cb, _logsoftmax(base + noise - effect)).passed
     assert not compare(hb, ha, cb, ca, tokens_match=False).passed
+
+
+def test_compare_holds_a_weak_adapter_to_the_kl_bound_not_the_strong_correlation_bar():
+    # Regression: a 2-step adapter (kl_effect ~1 nat) failed parity at delta_corr 0.96 < 0.98
+    # although its exported file was correct; weak effects sit closer to the runtime noise.
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(12, 300)) * 3
+    effect = rng.normal(size=(12, 300)) * 0.8
+    noise_hf, noise_cpp = (rng.normal(size=(12, 300)) * 0.15 for _ in range(2))
+    hb, ha = _logsoftmax(base), _logsoftmax(base + effect + noise_hf)
+    cb, ca = _logsoftmax(base + noise_cpp), _logsoftmax(base + noise_cpp + effect)
+    res = compare(hb, ha, cb, ca)
+    assert P.NOISE_EFFECT < res.kl_effect < P.STRONG_EFFECT
+    assert res.delta_corr < P.MIN_DELTA_CORR
+    assert res.passed, res.reasons
+    # The same weak effect exported with the wrong sign still fails.
+    assert not compare(hb, ha, cb, _logsoftmax(base + noise_cpp - effect)).passed
