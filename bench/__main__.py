@@ -35,8 +35,12 @@ from devstack.demo import (
 from devstack.stack import DEFAULT_MODEL_FILE, DEFAULT_MODEL_ID, REPO, mint_token
 
 ADAPTER_A = "product_docs_helper"  # the demo's adapter
-ADAPTER_B = "bench_feedback"       # a second, small adapter to switch to
-PROMPT = "Q: What is the default rate limit?\nA:"
+# The second adapter is trained on the same data with the same seed, so it has the same
+# weights and gives the same output: switching between A and B then costs exactly the switch,
+# not a different answer length.
+ADAPTER_B = "product_docs_helper_twin"
+# Open-ended, so every run decodes the full MAX_TOKENS instead of stopping at a short answer.
+PROMPT = "Here is a long story about a lighthouse keeper and her cat.\n\nOnce upon a time,"
 MAX_TOKENS = 48
 TENANT = "local"  # the demo's tenant, so the demo's adapter is reused
 REPEATS = 5
@@ -50,13 +54,16 @@ def query(api: Api, adapter: str | None, max_tokens: int = MAX_TOKENS) -> tuple[
     return time.perf_counter() - t0, expect(status, body, 200)
 
 
-def http_tokens_per_s(api: Api, adapter: str | None) -> float:
+def http_tokens_per_s(api: Api, adapter: str | None) -> tuple[float, float, int]:
+    """(tokens/s seen by the client, tokens/s inside the worker, tokens per run)."""
     query(api, adapter)  # warm: adapter loaded, caches hot
-    rates = []
+    client, worker, tokens = [], [], []
     for _ in range(REPEATS):
         seconds, body = query(api, adapter)
-        rates.append(body["completion_tokens"] / seconds)
-    return statistics.median(rates)
+        client.append(body["completion_tokens"] / seconds)
+        worker.append(body["completion_tokens"] / (body["inference_time_ms"] / 1000))
+        tokens.append(body["completion_tokens"])
+    return statistics.median(client), statistics.median(worker), min(tokens)
 
 
 def raw_tokens_per_s(model_path: Path, adapter_path: Path | None, n_threads: int) -> float:
@@ -114,17 +121,17 @@ def run(data_dir: str, url: str) -> dict:
     wait_until_healthy(api)
     register_default_model(api, data_dir)
     upload_dataset(api, DATASET_ID, REPO / "demo" / "docs_qa.jsonl")
-    upload_dataset(api, "bench_feedback_qa", REPO / "demo" / "feedback_qa.jsonl")
     print("Preparing adapters (trained once, reused later)...", flush=True)
     adapter_a = train_adapter(api, ADAPTER_A, DATASET_ID, TRAINING)
-    train_adapter(api, ADAPTER_B, "bench_feedback_qa", {**TRAINING, "epochs": 1})
+    train_adapter(api, ADAPTER_B, DATASET_ID, adapter_a["training"])
     for adapter in (ADAPTER_A, ADAPTER_B):
         expect(*api.call("POST", f"/api/v1/llm/lora/adapters/{adapter}/load"), 200)
 
     r: dict = {"machine": machine(), "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     print("1-2. decode tokens/s through the API, with and without the adapter", flush=True)
-    r["http_adapter_tps"] = http_tokens_per_s(api, ADAPTER_A)
-    r["http_base_tps"] = http_tokens_per_s(api, None)
+    r["http_adapter_tps"], r["worker_adapter_tps"], r["tokens"] = http_tokens_per_s(api, ADAPTER_A)
+    r["http_base_tps"], r["worker_base_tps"], tokens = http_tokens_per_s(api, None)
+    r["tokens"] = min(r["tokens"], tokens)
 
     print("3. adapter switch cost", flush=True)
     n = 12
@@ -180,6 +187,9 @@ def report(r: dict, out: Path) -> None:
         ("API decode tokens/s ÷ raw llama-cpp-python (adapter)",
          f"{r['http_adapter_tps']:.1f} / {r['raw_adapter_tps']:.1f}",
          r["http_adapter_tps"] / r["raw_adapter_tps"]),
+        ("worker-side tokens/s (its inference_time_ms) ÷ raw llama-cpp-python (adapter)",
+         f"{r['worker_adapter_tps']:.1f} / {r['raw_adapter_tps']:.1f}",
+         r["worker_adapter_tps"] / r["raw_adapter_tps"]),
         ("API decode tokens/s ÷ raw llama-cpp-python (no adapter)",
          f"{r['http_base_tps']:.1f} / {r['raw_base_tps']:.1f}",
          r["http_base_tps"] / r["raw_base_tps"]),
@@ -201,7 +211,9 @@ def report(r: dict, out: Path) -> None:
         f"Measured by `make bench` on {r['when']}: {r['machine']}.",
         "Each figure is the median of repeated runs; every ratio compares two things measured",
         "side by side in the same run, on Gemma 3 270M Q4_K_M, greedy decoding,",
-        f"{MAX_TOKENS} new tokens, prompt {PROMPT!r}.",
+        f"up to {MAX_TOKENS} new tokens (at least {r['tokens']} in every API run),",
+        f"prompt {PROMPT!r}. API figures are seen by the client: they include HTTP, token",
+        "verification, the rate-limit counter and the audit write (DynamoDB, here moto).",
         "",
         "| measure | values | ratio |",
         "|---|---|---|",
