@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from gpu_worker.runtime import job_runner
 
-        outcome = job_runner().run(args.job_id)
+        outcome = job_runner().run(args.job_id, wait_if_running=True)
         print(f"job {outcome.job_id}: {outcome.state} {outcome.details}".rstrip())
         # A failed job is recorded on the version; the process still succeeded at its work.
         return 0

@@ -13,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,10 @@ from lora_common.util import iso
 log = logging.getLogger("gpu_worker.jobs")
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# A running job whose heartbeat is older than this lost its worker (host gone, process
+# killed) and is taken over by the next delivery. The runner beats every HEARTBEAT_S.
+JOB_LEASE_S = 15 * 60
+HEARTBEAT_S = 60
 # Progress is written at most this often (seconds) so a fast loop doesn't hammer DynamoDB.
 PROGRESS_INTERVAL_S = 2.0
 
@@ -66,6 +73,7 @@ class JobRunner:
         cache_dir: Path,
         n_threads: int = 2,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.repo = repo
         self.blobs = blobs
@@ -73,28 +81,69 @@ class JobRunner:
         self.cache_dir = Path(cache_dir)
         self.n_threads = n_threads
         self.clock = clock
+        self._sleep = sleep
 
     # -- public -------------------------------------------------------------------------
 
-    def run(self, job_id: str) -> JobOutcome:
-        job = self.repo.claim_job(job_id, self.clock())
+    def run(self, job_id: str, *, wait_if_running: bool = False) -> JobOutcome:
+        """Claim and run one job. A job another worker holds is skipped, or with
+        `wait_if_running` (AWS Batch's retry of an attempt whose host was lost) waited for
+        until it finishes or its lease runs out and it can be taken over."""
+        job = self.repo.claim_job(job_id, self.clock(), stale_after=JOB_LEASE_S)
+        deadline = time.monotonic() + JOB_LEASE_S + 2 * HEARTBEAT_S
+        while job is None and wait_if_running and time.monotonic() < deadline:
+            current = self.repo.get_job(job_id)
+            if current is None or current.get("state") != "running":
+                break
+            log.info("job %s is held by another worker; waiting for its lease", job_id)
+            self._sleep(HEARTBEAT_S)
+            job = self.repo.claim_job(job_id, self.clock(), stale_after=JOB_LEASE_S)
         if job is None:
             # Duplicate delivery, or a job that already ran: never train twice.
-            log.info("job %s is not queued; skipping", job_id)
+            log.info("job %s is not claimable; skipping", job_id)
             return JobOutcome(job_id, "skipped", "job is not queued")
         log.info("job %s claimed: %s %s", job_id, job["adapter_id"], job["version"])
+        # Files of this run go under a prefix of their own, so a run that lost its lease (or
+        # belongs to a deleted and re-created adapter) can never overwrite a ready version's.
+        from lora_common import keys
+
+        run_prefix = (keys.version_prefix(job["tenant"], job["adapter_id"], job["version"])
+                      + f"run-{uuid.uuid4().hex[:12]}/")
+        beating = threading.Event()
+        heart = threading.Thread(target=self._heartbeat, args=(job_id, beating), daemon=True)
+        heart.start()
         try:
-            metrics = self._train_and_publish(job)
+            metrics = self._train_and_publish(job, run_prefix)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the version's reason
             reason = str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed", job_id)
-            self.repo.mark_version_failed(job, reason, self.clock())
+            self._discard(run_prefix)
+            try:
+                self.repo.mark_version_failed(job, reason, self.clock())
+            except Exception:  # noqa: BLE001 - e.g. the adapter was deleted meanwhile
+                log.exception("job %s: recording the failure failed", job_id)
             return JobOutcome(job_id, "failed", reason)
+        finally:
+            beating.set()
+            heart.join(timeout=5)
         return JobOutcome(job_id, "succeeded", metrics=metrics)
+
+    def _heartbeat(self, job_id: str, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                self.repo.record_job_heartbeat(job_id, self.clock())
+            except Exception:  # noqa: BLE001 - a missed beat only shortens the lease
+                log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+
+    def _discard(self, prefix: str) -> None:
+        try:
+            self.blobs.delete_prefix(prefix)
+        except Exception:  # noqa: BLE001 - leftovers of a failed run are garbage, not state
+            log.warning("could not delete %s", prefix, exc_info=True)
 
     # -- steps --------------------------------------------------------------------------
 
-    def _train_and_publish(self, job: dict) -> dict[str, Any]:
+    def _train_and_publish(self, job: dict, prefix: str) -> dict[str, Any]:
         from gpu_worker.training.base_cache import load_base
         from gpu_worker.training.data import record_prompt_completion
         from gpu_worker.training.export import export_gguf
@@ -137,7 +186,7 @@ class JobRunner:
                     f"(parity check failed: {'; '.join(parity.reasons)})"
                 )
             metrics = result.metrics()
-            artifacts = self._publish(job, base, peft_dir, gguf_path, metrics, parity)
+            artifacts = self._publish(job, prefix, base, peft_dir, gguf_path, metrics, parity)
         self.repo.mark_version_ready(job, artifacts, metrics, self.clock())
         log.info("job %s succeeded: %s", job["job_id"], metrics)
         return metrics
@@ -176,7 +225,7 @@ class JobRunner:
             if dataset is None:
                 raise JobFailed(f"Dataset {dataset_id!r} was deleted before training started")
             body = self.blobs.get_bytes(dataset["s3_key"]).decode("utf-8")
-            records.extend(json.loads(line) for line in body.splitlines() if line.strip())
+            records.extend(json.loads(line) for line in body.split("\n") if line.strip())
         if not records:
             raise JobFailed("The training data has no records")
         return records
@@ -189,8 +238,12 @@ class JobRunner:
         if version is None or not version.get("artifact_prefix"):
             raise JobFailed(f"Parent version {parent} has no stored files to continue from")
         into.mkdir(parents=True)
+        manifest = json.loads(self.blobs.get_bytes(version["manifest_key"]))
         for name in PEFT_FILES:
-            self.blobs.download_file(f"{version['artifact_prefix']}peft/{name}", into / name)
+            target = into / name
+            self.blobs.download_file(f"{version['artifact_prefix']}peft/{name}", str(target))
+            if sha256_file(target) != manifest["files"][f"peft/{name}"]["sha256"]:
+                raise JobFailed(f"Parent version {parent}'s {name} does not match its manifest")
         return into
 
     def _progress_writer(self, job_id: str) -> Callable[[int, int, float], None]:
@@ -201,15 +254,15 @@ class JobRunner:
             if step < total and now - last[0] < PROGRESS_INTERVAL_S:
                 return
             last[0] = now
-            self.repo.record_job_progress(job_id, step, total, float(loss), self.clock())
+            value = float(loss)  # a diverging run reports inf/nan, which DynamoDB cannot store
+            self.repo.record_job_progress(job_id, step, total,
+                                          value if math.isfinite(value) else None, self.clock())
 
         return write
 
-    def _publish(self, job, base, peft_dir: Path, gguf_path: Path, metrics, parity) -> dict:
+    def _publish(self, job, prefix: str, base, peft_dir: Path, gguf_path: Path, metrics,
+                 parity) -> dict:
         """Upload files, then the manifest (last), then re-verify all of it from the bucket."""
-        from lora_common import keys
-
-        prefix = keys.version_prefix(job["tenant"], job["adapter_id"], job["version"])
         files: dict[str, Path] = {f"peft/{n}": peft_dir / n for n in PEFT_FILES}
         files["adapter.gguf"] = gguf_path
         entries = {}

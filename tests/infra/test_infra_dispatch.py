@@ -21,47 +21,52 @@ GONE = "d4e5f6a7-b8c9-4d0e-9f1a-2b3c4d5e6f70"          # job deleted before disp
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, worker_template) -> Iterator[dict[str, Any]]:
-    """moto (Batch backend without Docker) holding the table from template.yaml and a Batch
-    queue + job definition whose command is read from infra/worker.yaml."""
-    import boto3
-    from moto import mock_aws
+def aws(aws_endpoint: str, worker_template) -> Iterator[dict[str, Any]]:
+    """The session's moto server (Batch backend without Docker) with a table from
+    template.yaml and a Batch queue + job definition whose command is read from
+    infra/worker.yaml. Names are unique per test: the server is shared by the whole suite
+    (an in-process mock_aws here would reset the server's state for every other test)."""
+    import urllib.request
+    import uuid
 
-    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws(config={"batch": {"use_docker": False}}):
-        clients = {s: boto3.client(s, region_name=REGION) for s in
-                   ("dynamodb", "s3", "sqs", "batch", "iam")}
-        names = create_storage(boto3.session.Session(region_name=REGION), "dispatch")
-        role = clients["iam"].create_role(
-            RoleName="batch-service", AssumeRolePolicyDocument=json.dumps({
-                "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action":
-                "sts:AssumeRole", "Principal": {"Service": "batch.amazonaws.com"}}]}),
-        )["Role"]["Arn"]
-        batch = clients["batch"]
-        ce = batch.create_compute_environment(computeEnvironmentName="training", type="UNMANAGED",
-                                              state="ENABLED", serviceRole=role)
-        queue = batch.create_job_queue(
-            jobQueueName="training", state="ENABLED", priority=1,
-            computeEnvironmentOrder=[{"order": 1,
-                                      "computeEnvironment": ce["computeEnvironmentArn"]}],
-        )["jobQueueArn"]
-        jd = worker_template["Resources"]["TrainingJobDefinition"]["Properties"]
-        definition = batch.register_job_definition(
-            jobDefinitionName="training", type="container", parameters=jd["Parameters"],
-            containerProperties={
-                "image": "lora-worker:test",
-                "command": jd["ContainerProperties"]["Command"],
-                "resourceRequirements": [{"type": "VCPU", "value": "1"},
-                                         {"type": "MEMORY", "value": "512"}],
-            },
-        )["jobDefinitionArn"]
-        monkeypatch.setenv("LORA_TABLE_NAME", names["table"])
-        monkeypatch.setenv("LORA_BATCH_JOB_QUEUE", queue)
-        monkeypatch.setenv("LORA_BATCH_JOB_DEFINITION", definition)
+    import boto3
+
+    config = urllib.request.Request(
+        f"{aws_endpoint}/moto-api/config", method="POST",
+        data=json.dumps({"batch": {"use_docker": False}}).encode(),
+        headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(config, timeout=10).close()
+    tag = uuid.uuid4().hex[:8]
+    clients = {s: boto3.client(s, region_name=REGION) for s in
+               ("dynamodb", "s3", "sqs", "batch", "iam")}
+    names = create_storage(boto3.session.Session(region_name=REGION), f"dispatch-{tag}")
+    role = clients["iam"].create_role(
+        RoleName=f"batch-service-{tag}", AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action":
+            "sts:AssumeRole", "Principal": {"Service": "batch.amazonaws.com"}}]}),
+    )["Role"]["Arn"]
+    batch = clients["batch"]
+    ce = batch.create_compute_environment(computeEnvironmentName=f"training-{tag}",
+                                          type="UNMANAGED", state="ENABLED", serviceRole=role)
+    queue = batch.create_job_queue(
+        jobQueueName=f"training-{tag}", state="ENABLED", priority=1,
+        computeEnvironmentOrder=[{"order": 1,
+                                  "computeEnvironment": ce["computeEnvironmentArn"]}],
+    )["jobQueueArn"]
+    jd = worker_template["Resources"]["TrainingJobDefinition"]["Properties"]
+    definition = batch.register_job_definition(
+        jobDefinitionName=f"training-{tag}", type="container", parameters=jd["Parameters"],
+        containerProperties={
+            "image": "lora-worker:test",
+            "command": jd["ContainerProperties"]["Command"],
+            "resourceRequirements": [{"type": "VCPU", "value": "1"},
+                                     {"type": "MEMORY", "value": "512"}],
+        },
+    )["jobDefinitionArn"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LORA_TABLE_NAME", names["table"])
+        mp.setenv("LORA_BATCH_JOB_QUEUE", queue)
+        mp.setenv("LORA_BATCH_JOB_DEFINITION", definition)
         import dispatch_fn
 
         dispatch_fn.set_dispatcher(None)

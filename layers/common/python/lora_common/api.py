@@ -82,6 +82,8 @@ def parse_json_model(raw: bytes, model: type[M]) -> M:
         data = json.loads(raw) if raw.strip() else None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest("Invalid JSON body", f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("Invalid JSON body", "Request body is nested too deeply") from None
     if data is None:
         raise BadRequest("Invalid JSON body", "Request body is empty; a JSON object is required")
     if not isinstance(data, dict):

@@ -455,6 +455,8 @@ class DynamoRepository:
                     "SET #st = :ready",
                     {"#st": "status"},
                     {":ready": "ready"},
+                    # A concurrent delete of the version being promoted must not resurrect it.
+                    "attribute_exists(pk)",
                 )
             )
         self._transact(items, Conflict("Adapter changed", f"Adapter {a} changed; retry"))
@@ -462,22 +464,32 @@ class DynamoRepository:
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         return self._get(keys.job(job_id))
 
-    def claim_job(self, job_id: str, now: float) -> dict[str, Any] | None:
-        """queued -> running (conditional). None when the job is missing or not queued, so a
-        duplicate SQS delivery is dropped."""
+    def claim_job(
+        self, job_id: str, now: float, stale_after: float | None = None
+    ) -> dict[str, Any] | None:
+        """queued -> running (conditional). None when the job is missing or not claimable, so
+        a duplicate SQS delivery is dropped. With ``stale_after`` (seconds), a job still
+        ``running`` whose heartbeat is older than that is taken over: its worker died (host
+        lost, process killed) without recording an outcome."""
         from botocore.exceptions import ClientError
 
         expr, names, values = self._update_expr(
             {"state": "running", "started_at": iso(now), "heartbeat_at": iso(now)}
         )
         values[":queued"] = "queued"
+        condition = "#s0 = :queued"
+        if stale_after is not None:
+            names["#hb"] = "heartbeat_at"
+            values.update({":running": "running", ":stale": iso(now - stale_after)})
+            # ISO-8601 UTC strings of one format order like the times they name.
+            condition += " OR (#s0 = :running AND #hb < :stale)"
         try:
             resp = self._call(
                 "update_item",
                 TableName=self.table,
                 Key=self._s(keys.job(job_id)),
                 UpdateExpression=expr,
-                ConditionExpression="#s0 = :queued",
+                ConditionExpression=f"attribute_exists(pk) AND ({condition})",
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=self._vals(values),
                 ReturnValues="ALL_NEW",
@@ -503,6 +515,18 @@ class DynamoRepository:
             ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=self._vals(values),
+        )
+
+    def record_job_heartbeat(self, job_id: str, now: float) -> None:
+        """Refresh a running job's lease (see claim_job's ``stale_after``)."""
+        self._call(
+            "update_item",
+            TableName=self.table,
+            Key=self._s(keys.job(job_id)),
+            UpdateExpression="SET #hb = :now",
+            ConditionExpression="#st = :running",
+            ExpressionAttributeNames={"#hb": "heartbeat_at", "#st": "state"},
+            ExpressionAttributeValues=self._vals({":now": iso(now), ":running": "running"}),
         )
 
     def record_batch_submission(self, job_id: str, batch_job_id: str, now: str | float) -> None:
@@ -579,7 +603,9 @@ class DynamoRepository:
                 keys.version(t, a, v), vexpr, vnames, vvalues, "#vst = :training AND #jid = :jid"
             ),
             self._tx_update(keys.job(job["job_id"]), jexpr, jnames, jvalues, "#state = :running"),
-            self._tx_update(keys.adapter(t, a), aexpr, anames, avalues, acond),
+            self._tx_update(
+                keys.adapter(t, a), aexpr, anames, avalues, f"attribute_exists(pk) AND ({acond})"
+            ),
         ]
         if previous and previous != v:
             items.append(

@@ -8,7 +8,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from lora_common.util import ID_PATTERN
 
@@ -43,7 +50,7 @@ class TrainingSettings(_Strict):
     batch_size: int = Field(4, ge=1, le=64)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     validation_split: float = Field(0.1, ge=0.0, le=0.5)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**31 - 1)
     use_rslora: bool = False
     lora_dropout: float = Field(0.0, ge=0.0, le=0.5)
 
@@ -87,14 +94,40 @@ class UpdateAdapterRequest(_Strict):
 
 class ModelMetadata(BaseModel):
     model_config = ConfigDict(extra="allow")
-    context_length: int | None = Field(None, ge=1)
-    vocab_size: int | None = Field(None, ge=1)
+    context_length: int | None = Field(None, ge=1, le=10**9)
+    vocab_size: int | None = Field(None, ge=1, le=10**9)
+
+    @model_validator(mode="after")
+    def _storable_extras(self) -> ModelMetadata:
+        """Free-form metadata must fit a DynamoDB item: no NaN/inf, no numbers beyond its
+        38 digits, and a few KiB in all."""
+        extras = self.model_extra or {}
+        try:
+            size = len(json.dumps(extras, allow_nan=False))
+        except (ValueError, RecursionError) as exc:
+            raise ValueError("metadata must not contain NaN, Infinity or deep nesting") from exc
+        if size > 8192:
+            raise ValueError("metadata is larger than 8 KiB")
+
+        def check(value: Any) -> None:
+            if isinstance(value, bool):
+                return
+            if isinstance(value, int) and abs(value) >= 10**38:
+                raise ValueError("metadata numbers must have at most 38 digits")
+            if isinstance(value, float) and value != 0 and not 1e-130 < abs(value) < 1e125:
+                raise ValueError("metadata numbers must be between 1e-130 and 1e125")
+            for item in value.values() if isinstance(value, dict) else (
+                    value if isinstance(value, list) else ()):
+                check(item)
+
+        check(extras)
+        return self
 
 
 class RegisterModelRequest(_Strict):
     model_id: Identifier
     architecture: str = Field(min_length=1, max_length=64)
-    parameter_count: int | None = Field(None, ge=1)
+    parameter_count: int | None = Field(None, ge=1, le=10**15)
     quantization: str | None = Field(None, max_length=32)
     gguf_path: str | None = Field(None, max_length=2048)
     description: str | None = Field(None, max_length=2000)
@@ -201,13 +234,17 @@ def parse_jsonl(body: bytes) -> tuple[list[dict[str, Any]], str, list[dict[str, 
         return [], "empty", [{"line": 0, "reason": "body is not UTF-8"}]
     items: list[tuple[int, Any]] = []
     errors: list[dict[str, Any]] = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    # JSONL lines end at "\n" only: str.splitlines() would also split inside a line at
+    # U+2028/U+2029/U+0085, which are legal raw in JSON strings.
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             items.append((n, json.loads(line)))
         except json.JSONDecodeError as exc:
             errors.append({"line": n, "reason": f"invalid JSON: {exc.msg}"})
+        except RecursionError:
+            errors.append({"line": n, "reason": "invalid JSON: nested too deeply"})
     records, fmt, record_errors = validate_records(items)
     errors = sorted(errors + record_errors, key=lambda e: e["line"])
     return records, fmt, errors
