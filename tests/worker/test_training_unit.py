@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from gpu_worker.training import data as D
+from gpu_worker.training import parity as P
 from gpu_worker.training.base_cache import LoadedBase, file_sha256, load_base
 from gpu_worker.training.errors import EmptyDataset, UnsupportedArchitecture, UnsupportedSetting
 from gpu_worker.training.export import export_gguf, gguf_alpha, permute_rows
-from gpu_worker.training import parity as P
 from gpu_worker.training.parity import compare
 from gpu_worker.training.trainer import TrainConfig, train_lora
 
