@@ -158,6 +158,26 @@ class DynamoRepository:
                 raise conflict from None
             raise ServiceUnavailable("Storage unavailable", "DynamoDB transaction failed") from exc
 
+    def _update_existing(self, key: dict[str, str], sets: dict[str, Any], missing: Exception):
+        """SET ``sets`` on an item that must exist; raise ``missing`` when it does not."""
+        from botocore.exceptions import ClientError
+
+        expr, names, values = self._update_expr(sets)
+        try:
+            self._call(
+                "update_item",
+                TableName=self.table,
+                Key=self._s(key),
+                UpdateExpression=expr,
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=self._vals(values),
+            )
+        except ClientError as exc:
+            if self._is_condition_failure(exc):
+                raise missing from None
+            raise
+
     def _tx_update(
         self,
         key: dict[str, str],
@@ -218,23 +238,11 @@ class DynamoRepository:
 
     def set_model_file_status(self, model_id: str, status: str, info: dict[str, Any]) -> None:
         """Record the verification outcome (verified|invalid|unverified) and file facts."""
-        from botocore.exceptions import ClientError
-
-        expr, names, values = self._update_expr({"file_status": status, "file_info": info})
-        try:
-            self._call(
-                "update_item",
-                TableName=self.table,
-                Key=self._s(keys.model(model_id)),
-                UpdateExpression=expr,
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=self._vals(values),
-            )
-        except ClientError as exc:
-            if self._is_condition_failure(exc):
-                raise NotFound("Model not found", f"Unknown model_id: {model_id}") from None
-            raise
+        self._update_existing(
+            keys.model(model_id),
+            {"file_status": status, "file_info": info},
+            NotFound("Model not found", f"Unknown model_id: {model_id}"),
+        )
 
     def adapters_of_model(self, model_id: str) -> list[dict[str, Any]]:
         """Adapter items of every tenant built on ``model_id``."""
@@ -532,24 +540,12 @@ class DynamoRepository:
     def record_batch_submission(self, job_id: str, batch_job_id: str, now: str | float) -> None:
         """Record the AWS Batch job id on the job item (dispatch function). ``now`` is an
         ISO-8601 string or epoch seconds. NotFound if the job item is gone."""
-        from botocore.exceptions import ClientError
-
         ts = now if isinstance(now, str) else iso(now)
-        expr, names, values = self._update_expr({"batch_job_id": batch_job_id, "submitted_at": ts})
-        try:
-            self._call(
-                "update_item",
-                TableName=self.table,
-                Key=self._s(keys.job(job_id)),
-                UpdateExpression=expr,
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=self._vals(values),
-            )
-        except ClientError as exc:
-            if self._is_condition_failure(exc):
-                raise NotFound("Job not found", f"Unknown job_id: {job_id}") from None
-            raise
+        self._update_existing(
+            keys.job(job_id),
+            {"batch_job_id": batch_job_id, "submitted_at": ts},
+            NotFound("Job not found", f"Unknown job_id: {job_id}"),
+        )
 
     def mark_version_ready(
         self, job: dict[str, Any], artifacts: dict[str, Any], metrics: dict[str, Any], now: float
