@@ -182,6 +182,19 @@ def _download_adapter(adapter: dict, version: str) -> Path:
     return target
 
 
+VARIANCE = """## How far to trust these figures
+
+On the 2-core shared VM these were first measured on, ratios between two processes (the API's
+worker vs raw llama-cpp-python in the bench process) varied a lot between runs of the same
+commit: API ÷ raw came out 0.78 in one run and 2.1 in another, with raw llama-cpp-python itself
+anywhere from 13 to 66 tokens/s. Ratios measured inside one process were steadier: adapter ÷ no
+adapter through the API 0.78–1.00, and the adapter switch stayed within the noise of a request
+(0.86–1.17). A same-process check (`Engine.generate` with the adapter vs the same `Llama` with
+it attached vs a separate `Llama(lora_path=...)`) gave 66, 67 and 55 tokens/s: the serving
+engine adds no measurable decode cost over raw llama.cpp. Run `make bench` on a quiet machine
+before drawing conclusions from the cross-process rows."""
+
+
 def report(r: dict, out: Path) -> None:
     rows = [
         ("API decode tokens/s ÷ raw llama-cpp-python (adapter)",
@@ -224,6 +237,8 @@ def report(r: dict, out: Path) -> None:
         "Training throughput: not reported by the job.",
         "",
         "Training metrics of the demo adapter: `" + json.dumps(r["train_metrics"]) + "`",
+        "",
+        VARIANCE,
         "",
     ]
     text = "\n".join(lines)
