@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu_worker.model_files import local_model_file
+from gpu_worker.training.base_cache import file_sha256
 from lora_common.util import iso
 
 log = logging.getLogger("gpu_worker.jobs")
@@ -47,14 +48,6 @@ class JobOutcome:
     state: str  # "succeeded" | "failed" | "skipped"
     details: str = ""
     metrics: dict[str, Any] | None = None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class JobRunner:
@@ -242,7 +235,7 @@ class JobRunner:
         for name in PEFT_FILES:
             target = into / name
             self.blobs.download_file(f"{version['artifact_prefix']}peft/{name}", str(target))
-            if sha256_file(target) != manifest["files"][f"peft/{name}"]["sha256"]:
+            if file_sha256(target) != manifest["files"][f"peft/{name}"]["sha256"]:
                 raise JobFailed(f"Parent version {parent}'s {name} does not match its manifest")
         return into
 
@@ -267,7 +260,7 @@ class JobRunner:
         files["adapter.gguf"] = gguf_path
         entries = {}
         for rel, path in files.items():
-            entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+            entries[rel] = {"sha256": file_sha256(path), "size": path.stat().st_size}
             self.blobs.upload_file(path, prefix + rel)
         adapter_config = json.loads((peft_dir / "adapter_config.json").read_text())
         manifest = {

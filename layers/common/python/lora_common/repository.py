@@ -178,6 +178,16 @@ class DynamoRepository:
                 raise missing from None
             raise
 
+    def _tx_put_new(self, item: dict[str, Any]) -> dict[str, Any]:
+        """One Put entry of a TransactWriteItems call, for an item that must not exist yet."""
+        return {
+            "Put": {
+                "TableName": self.table,
+                "Item": self._s(item),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+
     def _tx_update(
         self,
         key: dict[str, str],
@@ -282,27 +292,9 @@ class DynamoRepository:
         t, a = adapter["tenant"], adapter["adapter_id"]
         self._transact(
             [
-                {
-                    "Put": {
-                        "TableName": self.table,
-                        "Item": self._s(self._adapter_item(adapter)),
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                    }
-                },
-                {
-                    "Put": {
-                        "TableName": self.table,
-                        "Item": self._s(self._version_item(t, a, version)),
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                    }
-                },
-                {
-                    "Put": {
-                        "TableName": self.table,
-                        "Item": self._s({**keys.job(job["job_id"]), **job}),
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                    }
-                },
+                self._tx_put_new(self._adapter_item(adapter)),
+                self._tx_put_new(self._version_item(t, a, version)),
+                self._tx_put_new({**keys.job(job["job_id"]), **job}),
             ],
             Conflict("Adapter already exists", f"adapter_id {a} already exists"),
         )
@@ -338,20 +330,8 @@ class DynamoRepository:
                 self._tx_update(
                     keys.adapter(t, a), expr, names, values, "#lv = :old AND #st <> :training"
                 ),
-                {
-                    "Put": {
-                        "TableName": self.table,
-                        "Item": self._s(self._version_item(t, a, version)),
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                    }
-                },
-                {
-                    "Put": {
-                        "TableName": self.table,
-                        "Item": self._s({**keys.job(job["job_id"]), **job}),
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                    }
-                },
+                self._tx_put_new(self._version_item(t, a, version)),
+                self._tx_put_new({**keys.job(job["job_id"]), **job}),
             ],
             Conflict(
                 "Adapter is training", f"Adapter {a} changed or already has a version training"

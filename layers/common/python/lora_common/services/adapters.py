@@ -96,45 +96,13 @@ def create_adapter(ctx: Context, tenant: str, req: CreateAdapterRequest) -> dict
         "created_at": ts,
         "updated_at": ts,
     }
-    dataset_ids = [req.training_data.dataset_id]
-    version = {
-        "version": FIRST_VERSION,
-        "status": "training",
-        "job_id": job_id,
-        "dataset_ids": dataset_ids,
-        "samples": req.training_data.samples,
-        "parent_version": None,
-        "metrics": {},
-        "created_at": ts,
-    }
-    job = {
-        "job_id": job_id,
-        "tenant": tenant,
-        "adapter_id": req.adapter_id,
-        "version": FIRST_VERSION,
-        "base_model": req.base_model,
-        "parent_version": None,
-        "dataset_ids": dataset_ids,
-        "samples": req.training_data.samples,
-        "rank": req.rank,
-        "alpha": req.alpha,
-        "training": training,
-        "state": "queued",
-        "step": 0,
-        "total_steps": None,
-        "loss": None,
-        "error": None,
-        "created_at": ts,
-    }
+    version, job = _new_version_and_job(
+        adapter, tenant, FIRST_VERSION, None, req.training_data, job_id, ts
+    )
     ctx.repo.create_adapter(adapter, version, job)
     _send_or_fail(
         ctx,
-        {
-            "job_id": job_id,
-            "tenant": tenant,
-            "adapter_id": req.adapter_id,
-            "version": FIRST_VERSION,
-        },
+        _job_message(job),
         lambda: ctx.repo.undo_create_adapter(tenant, req.adapter_id, FIRST_VERSION, job_id),
     )
     return {
@@ -143,6 +111,54 @@ def create_adapter(ctx: Context, tenant: str, req: CreateAdapterRequest) -> dict
         "status": "training",
         "job_id": job_id,
     }
+
+
+def _new_version_and_job(
+    adapter: dict[str, Any],
+    tenant: str,
+    name: str,
+    parent: str | None,
+    data: Any,
+    job_id: str,
+    ts: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The version item and its training job item (the job carries everything the worker
+    needs, so a queue message only names it)."""
+    version = {
+        "version": name,
+        "status": "training",
+        "job_id": job_id,
+        "dataset_ids": [data.dataset_id],
+        "samples": data.samples,
+        "parent_version": parent,
+        "metrics": {},
+        "created_at": ts,
+    }
+    job = {
+        "job_id": job_id,
+        "tenant": tenant,
+        "adapter_id": adapter["adapter_id"],
+        "version": name,
+        "base_model": adapter["base_model"],
+        "parent_version": parent,
+        "dataset_ids": [data.dataset_id],
+        "samples": data.samples,
+        "rank": adapter["rank"],
+        "alpha": adapter["alpha"],
+        "training": adapter["training"],
+        "state": "queued",
+        "step": 0,
+        "total_steps": None,
+        "loss": None,
+        "error": None,
+        "created_at": ts,
+    }
+    return version, job
+
+
+def _job_message(job: dict[str, Any]) -> dict[str, str]:
+    """The SQS message for a job (docs/ARCHITECTURE.md)."""
+    return {k: job[k] for k in ("job_id", "tenant", "adapter_id", "version")}
 
 
 def update_adapter(
@@ -169,39 +185,11 @@ def update_adapter(
     ts = iso(now)
     new_version = version_name(version_number(adapter["latest_version"]) + 1)
     job_id = new_id("job")
-    version = {
-        "version": new_version,
-        "status": "training",
-        "job_id": job_id,
-        "dataset_ids": [data.dataset_id],
-        "samples": data.samples,
-        "parent_version": parent,
-        "metrics": {},
-        "created_at": ts,
-    }
-    job = {
-        "job_id": job_id,
-        "tenant": tenant,
-        "adapter_id": adapter_id,
-        "version": new_version,
-        "base_model": adapter["base_model"],
-        "parent_version": parent,
-        "dataset_ids": [data.dataset_id],
-        "samples": data.samples,
-        "rank": adapter["rank"],
-        "alpha": adapter["alpha"],
-        "training": adapter["training"],
-        "state": "queued",
-        "step": 0,
-        "total_steps": None,
-        "loss": None,
-        "error": None,
-        "created_at": ts,
-    }
+    version, job = _new_version_and_job(adapter, tenant, new_version, parent, data, job_id, ts)
     ctx.repo.add_version(adapter, version, job, now)
     _send_or_fail(
         ctx,
-        {"job_id": job_id, "tenant": tenant, "adapter_id": adapter_id, "version": new_version},
+        _job_message(job),
         lambda: ctx.repo.undo_add_version(adapter, new_version, job_id),
     )
     return {
